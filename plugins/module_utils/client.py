@@ -85,25 +85,11 @@ CONNECTION_ARGSPEC = dict(
     allowed_vault_hosts=dict(type='list', elements='str', default=[]),
 )
 
-CONNECTION_MUTUALLY_EXCLUSIVE = [('token', 'username'), ('token', 'password')]
-CONNECTION_REQUIRED_ONE_OF = [('token', 'username')]
-CONNECTION_REQUIRED_TOGETHER = [('username', 'password')]
-
-
 def connection_argument_spec(**extra):
     """The argspec every module starts from, plus its own options."""
     spec = dict((name, dict(value)) for name, value in CONNECTION_ARGSPEC.items())
     spec.update(extra)
     return spec
-
-
-def module_kwargs():
-    """The AnsibleModule keyword arguments that go with connection_argument_spec()."""
-    return dict(
-        mutually_exclusive=list(CONNECTION_MUTUALLY_EXCLUSIVE),
-        required_one_of=list(CONNECTION_REQUIRED_ONE_OF),
-        required_together=list(CONNECTION_REQUIRED_TOGETHER),
-    )
 
 
 def join_url(base, *paths):
@@ -307,12 +293,19 @@ class SecretServerClient:
         return session
 
     def _choose_grant(self, username, password, domain, token):
+        # Checked here rather than by AnsibleModule so that an empty value counts as unset:
+        # AWX renders credential fields the operator left blank as empty variables.
+        if token and (username or password):
+            raise SecretServerError('token is mutually exclusive with username and password',
+                                    hint='Give one of them (check the TSS_TOKEN, TSS_USERNAME '
+                                         'and TSS_PASSWORD environment variables too)')
         if token:
             self.register_secret(token)
             return _StaticToken(self, token)
         if not (username and password):
             raise SecretServerError('no credentials were given',
-                                    hint='Set username and password, or token')
+                                    hint='Set username and password (or the TSS_USERNAME and '
+                                         'TSS_PASSWORD environment variables), or token')
         self.register_secret(password)
         if self.platform:
             return _PlatformGrant(self, username, password)
@@ -504,7 +497,8 @@ class SecretServerClient:
                 attempt += 1
 
     def _download_once(self, url, writer):
-        response = self.api_get(url, stream=True)
+        # The archive is compressed already; identity keeps a proxy from re-encoding it.
+        response = self.api_get(url, stream=True, headers={'Accept-Encoding': 'identity'})
         try:
             if _looks_like_html(response):
                 raise ProtocolError(
@@ -526,7 +520,7 @@ def _copy_body(response, writer, url):
     read = response.raw.read
     try:
         while True:
-            chunk = read(CHUNK_SIZE)
+            chunk = read(CHUNK_SIZE, decode_content=True)
             if not chunk:
                 return
             writer.write(chunk)

@@ -244,7 +244,6 @@ from ansible_collections.secretserver.backup.plugins.module_utils import archive
 from ansible_collections.secretserver.backup.plugins.module_utils.client import (
     SecretServerClient,
     connection_argument_spec,
-    module_kwargs,
 )
 from ansible_collections.secretserver.backup.plugins.module_utils.errors import (
     ArchiveError,
@@ -484,7 +483,6 @@ def main():
         argument_spec=argument_spec(),
         supports_check_mode=True,
         add_file_common_args=True,
-        **module_kwargs()
     )
     if module.params['mode'] is None:
         module.params['mode'] = '0600'

@@ -133,7 +133,6 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.secretserver.backup.plugins.module_utils.client import (
     SecretServerClient,
     connection_argument_spec,
-    module_kwargs,
 )
 from ansible_collections.secretserver.backup.plugins.module_utils.errors import SecretServerError
 from ansible_collections.secretserver.backup.plugins.module_utils.records import (
@@ -145,7 +144,6 @@ def main():
     module = AnsibleModule(
         argument_spec=connection_argument_spec(configuration_id=dict(type='int')),
         supports_check_mode=True,
-        **module_kwargs()
     )
 
     try:
