@@ -40,7 +40,7 @@ options:
     type: str
   token:
     description:
-      - A ready access token, used as is instead of signing in. It cannot be renewed: when it
+      - A ready access token, used as is instead of signing in. It cannot be renewed, so when it
         expires the module fails and says so.
       - Mutually exclusive with O(username) and O(password).
       - If not set, the value of the E(TSS_TOKEN) environment variable is used.

@@ -13,7 +13,7 @@ short_description: Keep the newest export archives in a directory, with a checks
 version_added: 1.0.0
 description:
   - Looks after a directory of Secret Server export archives stored by
-    M(secretserver.backup.secretserver_export_fetch) or copied there: removes all but the newest
+    M(secretserver.backup.secretserver_export_fetch) or copied there. It removes all but the newest
     O(keep), keeps a C(SHA256SUMS) manifest listing exactly the archives present, and can write
     a Prometheus textfile-collector file describing the directory.
   - Only files that are export archives by name (C(secret-server-export-*.zip)) are ever

@@ -12,8 +12,8 @@ module: secretserver_archive_verify
 short_description: Prove that stored export archives open with the export password
 version_added: 1.0.0
 description:
-  - The restore drill for archives stored by M(secretserver.backup.secretserver_export_fetch):
-    opens each export archive in a directory with the Export Password, checks the AES password
+  - The restore drill for archives stored by M(secretserver.backup.secretserver_export_fetch).
+    It opens each export archive in a directory with the Export Password, checks the AES password
     verifier and authentication code of its XML, decrypts, inflates and parses the XML as a
     stream, and counts its secrets and folders.
   - Nothing decrypted is ever written to disk or kept in memory beyond one read at a time.
