@@ -15,7 +15,6 @@ import argparse
 import base64
 import datetime as dt
 import hashlib
-import http.client
 import json
 import math
 import os
@@ -1259,6 +1258,8 @@ class Handler(BaseHTTPRequestHandler):
         super().finish()
         if self.__dict__.get("abort_mode") == "reset":
             # Linger 0 turns close() into a TCP reset: the peer sees a dropped connection.
+            # A reset discards unsent data, so first let the bytes already written leave.
+            wait_for_send_queue(self.connection, 2.0)
             try:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                            struct.pack("ii", 1, 0))
@@ -1272,6 +1273,25 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.unwrap()
             except (OSError, ValueError):
                 pass
+
+
+def wait_for_send_queue(sock, limit: float) -> None:
+    """Wait until the kernel has sent (and the peer acknowledged) what we wrote."""
+    try:
+        import fcntl
+        import termios
+    except ImportError:  # not on Linux: a reset may then cut off the last bytes
+        return
+    deadline = time.monotonic() + limit
+    buffer = bytearray(4)
+    while time.monotonic() < deadline:
+        try:
+            fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buffer)
+        except (OSError, ValueError):
+            return
+        if struct.unpack("i", buffer)[0] == 0:
+            return
+        time.sleep(0.01)
 
 
 def read_piece(piece, size: int = 1 << 20):
