@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.parse
 import urllib.request
 import zipfile
@@ -347,11 +348,20 @@ class ArchivePlan:
         return not self.archive_size or self.archive_size <= EAGER_BUILD_LIMIT
 
 
+def zip_name_ok(name: str) -> bool:
+    """Whether a ZIP entry can carry this name (UTF-8, at most 65535 bytes)."""
+    try:
+        return len(name.encode("utf-8")) <= 65535
+    except UnicodeEncodeError:
+        return False
+
+
 def zip_date_time(record: dict) -> tuple:
     text = record.get("storageDate")
     try:
         moment = dt.datetime.fromisoformat(str(text)[:19])
-        return (max(moment.year, 1980),) + moment.timetuple()[1:6]
+        # ZIP timestamps only cover 1980-2107.
+        return (min(max(moment.year, 1980), 2107),) + moment.timetuple()[1:6]
     except ValueError:
         return (2021, 1, 1, 0, 0, 0)
 
@@ -606,7 +616,8 @@ class EmulatorState:
                                                          "password") if k in body}}
         exports = []
         for record in records:
-            plan = self._plan(record, kind, spec) if record_key(record) else None
+            servable = record_key(record) and zip_name_ok(entry_name(record))
+            plan = self._plan(record, kind, spec) if servable else None
             exports.append(Export(record, plan, False))
         self._install(exports, eager_newest=False)
         return {"records": self.records()["records"]}
@@ -981,10 +992,14 @@ class Handler(BaseHTTPRequestHandler):
         fault = self.state.take_fault(category)
         if fault and fault.kind == "expire_tokens":
             self.state.expire_access_tokens()
-        response = self.faulted_response(fault, category)
-        if response is None:
-            response = handler(base, query, body)
-            response = self.content_fault(fault, category, response)
+        try:
+            response = self.faulted_response(fault, category)
+            if response is None:
+                response = handler(base, query, body)
+                response = self.content_fault(fault, category, response)
+        except Exception as exc:  # an emulator bug must surface, not look like a network fault
+            traceback.print_exc(file=sys.stderr)
+            response = json_response(500, {"message": f"emulator error: {exc!r}"})
         entry["status"] = response.status
         self.state.log(entry, category)
         self.send(response, fault)
@@ -1201,7 +1216,7 @@ class Handler(BaseHTTPRequestHandler):
             if operation is None or len(rest) != 1:
                 return json_response(404, {"error": "unknown control endpoint"})
             return json_response(200, operation(self.state, payload))
-        except ControlError as exc:
+        except (TypeError, ValueError, KeyError) as exc:  # includes ControlError
             return json_response(400, {"error": str(exc)})
 
     # ---- sending
