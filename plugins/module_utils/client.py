@@ -287,7 +287,10 @@ class SecretServerClient:
     def _new_session(self, validate_certs, ca_path):
         session = requests.Session()
         session.headers['User-Agent'] = USER_AGENT
-        session.verify = (ca_path or True) if validate_certs else False
+        # Passed with every request too: requests lets REQUESTS_CA_BUNDLE override a
+        # session-level setting, which would silently ignore ca_path.
+        self.verify = (ca_path or True) if validate_certs else False
+        session.verify = self.verify
         if not validate_certs:
             _silence_insecure_warning()
         return session
@@ -326,7 +329,7 @@ class SecretServerClient:
         while True:
             retry_after = None
             try:
-                response = self.session.request(method, url, headers=headers,
+                response = self.session.request(method, url, headers=headers, verify=self.verify,
                                                 timeout=(self.timeout, self.timeout), **kwargs)
             except requests.exceptions.SSLError as exc:
                 raise TLSError(
