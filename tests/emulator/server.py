@@ -120,11 +120,14 @@ def default_not_downloadable(ids: list[int]) -> list[int]:
 
 
 def anchor_time(newest_age_hours: float | None) -> dt.datetime:
+    """The newest export's time, whole seconds, never later than now (fractions get added)."""
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     if newest_age_hours is None:
-        # Whole hours keep filenames stable across restarts so cached archives are reused.
-        return now.replace(minute=0, second=0, microsecond=0)
-    return now - dt.timedelta(hours=float(newest_age_hours))
+        # On the hour keeps filenames stable across restarts so cached archives are reused.
+        anchor = now.replace(minute=0, second=2, microsecond=0)
+        return anchor if anchor + dt.timedelta(seconds=1) <= now else anchor - dt.timedelta(hours=1)
+    moment = now - dt.timedelta(hours=float(newest_age_hours), seconds=1)
+    return moment.replace(microsecond=0)
 
 
 def generate_records(count: int, configurations: list, interval_hours: float,
@@ -142,8 +145,6 @@ def generate_records(count: int, configurations: list, interval_hours: float,
     for index, export_id in enumerate(ids):
         moment = newest - dt.timedelta(hours=interval_hours * index)
         moment = moment.replace(microsecond=rng.randrange(1, 999_999))
-        if index == 0 and newest_age_hours is None:
-            moment = moment.replace(second=2)
         records.append({
             "id": export_id,
             "autoExportConfigurationId": configurations[index % len(configurations)],
