@@ -28,14 +28,22 @@ TEST_MATRIX ?= 1
 # Set to 1 (CI does) to fail the matrix when a Python it needs is missing instead of skipping.
 MATRIX_STRICT ?= 0
 PYTEST_ARGS ?=
+# Unit tests are independent, so they use both cores; XDIST= runs them in one process.
+XDIST ?= -n auto
 SANITY_ARGS ?=
 BENCH_ARGS ?=
 
+# The controller and managed-host Python the tests use (tests/tools/README.md); the defaults
+# are the dev venv, whose Python has requests. `make matrix` sets other ones per cell.
+SSB_ANSIBLE_BIN_DIR ?= $(BIN)
+SSB_MANAGED_PYTHON ?= $(PY)
+
 # Everything that runs Ansible gets the dev venv, the collection and a loopback-safe proxy
-# setting; modules run on the venv's Python, which has requests.
-ANSIBLE_ENV = PATH="$(BIN):$$PATH" \
-	ANSIBLE_COLLECTIONS_PATH="$(COLL_PARENT)" \
-	ANSIBLE_PYTHON_INTERPRETER="$(PY)" \
+# setting.
+ANSIBLE_ENV = PATH="$(SSB_ANSIBLE_BIN_DIR):$(BIN):$$PATH" \
+	ANSIBLE_COLLECTIONS_PATH="$(COLL_PARENT)" SSB_COLLECTIONS_PATH="$(COLL_PARENT)" \
+	SSB_ANSIBLE_BIN_DIR="$(SSB_ANSIBLE_BIN_DIR)" SSB_MANAGED_PYTHON="$(SSB_MANAGED_PYTHON)" \
+	ANSIBLE_PYTHON_INTERPRETER="$(SSB_MANAGED_PYTHON)" \
 	NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
 
 # $(call pytest,STEP,ARGS[,EXTRA_PYTHONPATH]): pytest that fails loudly, also when it
@@ -90,7 +98,7 @@ test: venv
 		$(if $(filter 1,$(TEST_MATRIX)),matrix)
 
 units: venv
-	$(call pytest,units,tests/unit -q $(PYTEST_ARGS))
+	$(call pytest,units,tests/unit -q $(XDIST) $(PYTEST_ARGS))
 
 integration: venv
 	$(call pytest,integration,tests/integration -q $(PYTEST_ARGS))

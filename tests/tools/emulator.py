@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 from urllib.request import ProxyHandler, build_opener
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -99,61 +99,23 @@ def _state(url):
 
 
 def downloads(state):
-    """Total archive downloads in the emulator state.
-
-    Accepts a top-level integer (downloads / download_count / archive_downloads), a list of
-    download records under "downloads", or per-export counters named like that.
-    """
-    for key in ("downloads", "download_count", "archive_downloads"):
-        value = state.get(key) if isinstance(state, dict) else None
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int):
-            return value
-        if isinstance(value, list):
-            return len(value)
-        if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
-            return sum(value.values())
-    total, found = 0, False
-    stack = [state]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if "download" in key.lower() and isinstance(value, int) \
-                        and not isinstance(value, bool):
-                    total, found = total + value, True
-                elif isinstance(value, (dict, list)):
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(item)
-    if not found:
-        raise SystemExit("emulator state has no download counter: %s" % json.dumps(state)[:400])
-    return total
-
-
-def export_ids(state):
-    """Every value under an "id" key of a list of exports/archives in the state."""
-    ids, stack = [], [state]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if isinstance(item.get("id"), (int, str)) and not isinstance(item.get("id"), bool):
-                ids.append(item["id"])
-            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend(item)
-    return sorted(set(ids), key=str)
+    """Archive downloads the emulator has served (control calls are not counted)."""
+    try:
+        return int(state["counts"]["download"])
+    except (KeyError, TypeError, ValueError):
+        raise SystemExit("emulator state has no counts.download: %s" % json.dumps(state)[:400])
 
 
 def match(url, files):
     served = {}
-    for export_id in export_ids(_state(url)):
+    records = json.loads(_get(url, "/_emulator/records").decode("utf-8"))["records"]
+    for record in records:
+        export_id = record.get("id")
         try:
-            served[hashlib.sha256(_get(url, "/_emulator/archive/%s" % export_id)).hexdigest()] \
-                = export_id
+            data = _get(url, "/_emulator/archive/%s" % quote(str(export_id), safe=""))
         except OSError:
-            continue  # an id of something that is not an archive
+            continue  # a record the emulator keeps no archive for
+        served[hashlib.sha256(data).hexdigest()] = export_id
     ok = True
     for path in files:
         with open(path, "rb") as handle:

@@ -98,6 +98,9 @@ def run_cell(cell, harness, pytest_args, strict):
         SSB_MATRIX_CELL=name,
         ANSIBLE_PYTHON_INTERPRETER=managed_python,
         ANSIBLE_COLLECTIONS_PATH=os.path.join(TMP, "collections"),
+        SSB_COLLECTIONS_PATH=os.path.join(TMP, "collections"),
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
         # The controller under test comes first, so a plain "ansible-playbook" (or
         # ansible-runner, which looks it up on PATH) gets this cell's core.
         PATH=os.pathsep.join([bin_dir, env.get("PATH", "")]),
