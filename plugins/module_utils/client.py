@@ -13,8 +13,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
+import queue
 import random
 import re
+import threading
 import time
 from email.utils import parsedate_to_datetime
 
@@ -56,6 +59,7 @@ MAX_PAGES = 10000
 
 # Large reads keep the per-chunk Python work negligible next to the bytes moved.
 CHUNK_SIZE = 1024 * 1024
+PIPE_DEPTH = 8
 
 # A Retry-After longer than this is not honoured as is: a nightly job should fail and say so
 # rather than sleep for an hour. Backoff without Retry-After doubles from BACKOFF_BASE.
@@ -519,27 +523,74 @@ class SecretServerClient:
 
 
 def _copy_body(response, writer, url):
-    """Move the body into writer with large reads; a broken stream is a transport error."""
+    """Move the body into writer; a broken stream is a transport error.
+
+    Reading the socket and hashing plus writing the file each release the GIL, so a thread
+    that writes while this one reads lets the two overlap: the download costs about the
+    slower of the two instead of their sum, with at most PIPE_DEPTH chunks in memory.
+    """
     read = response.raw.read
+    pipe = _WritePipe(writer)
     try:
         while True:
-            chunk = read(CHUNK_SIZE, decode_content=True)
+            try:
+                chunk = read(CHUNK_SIZE, decode_content=True)
+            except Exception as exc:  # requests, urllib3 and socket errors all end up here
+                if _is_broken_stream(exc):
+                    raise TransportError('the download broke off: %s' % _short(exc), url=url)
+                raise
             if not chunk:
+                break
+            pipe.put(chunk)
+    finally:
+        pipe.close()
+
+
+class _WritePipe:
+    """A bounded queue of chunks and the thread that hands them to writer.write in order."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.queue = queue.Queue(PIPE_DEPTH)
+        self.error = None
+        self.thread = threading.Thread(target=self._drain, name='archive-writer')
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _drain(self):
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
                 return
-            writer.write(chunk)
-    except (requests.exceptions.RequestException, IOError, OSError) as exc:
-        if isinstance(exc, (IOError, OSError)) and getattr(exc, 'errno', None) and \
-                not _is_network_error(exc):
-            raise
-        raise TransportError('the download broke off: %s' % _short(exc), url=url)
-    except Exception as exc:  # urllib3 raises its own types for short reads and resets
-        if type(exc).__module__.startswith('urllib3'):
-            raise TransportError('the download broke off: %s' % _short(exc), url=url)
-        raise
+            if self.error is None:
+                try:
+                    self.writer.write(chunk)
+                except BaseException as exc:  # handed to the reading thread by close/put
+                    self.error = exc
+
+    def put(self, chunk):
+        if self.error is not None:
+            raise self.error
+        self.queue.put(chunk)
+
+    def close(self):
+        """Wait for every queued chunk to be written; raise what the writer raised."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _is_broken_stream(exc):
+    if isinstance(exc, requests.exceptions.RequestException):
+        return True
+    if type(exc).__module__.startswith('urllib3'):
+        return True
+    return isinstance(exc, (IOError, OSError)) and (
+        not getattr(exc, 'errno', None) or _is_network_error(exc))
 
 
 def _is_network_error(exc):
-    import errno
     return exc.errno in (errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT)
 
 
