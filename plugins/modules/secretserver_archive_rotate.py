@@ -65,7 +65,7 @@ options:
         C(secretserver_backup_last_success_timestamp_seconds),
         C(secretserver_backup_newest_export_timestamp_seconds), C(secretserver_backup_archives)
         and C(secretserver_backup_archive_bytes), labelled with the directory.
-      - Refreshing it is bookkeeping: it does not make the task report a change.
+      - Refreshing it is bookkeeping, so it does not make the task report a change.
     type: path
   newest_export_timestamp:
     description:
@@ -78,13 +78,16 @@ attributes:
     description: Reports what it would remove; removes and writes nothing.
   diff_mode:
     support: none
+    description: Reports the names it removes in RV(pruned), not as a diff.
   platform:
     platforms: posix
     support: full
+    description: Runs on any POSIX host with Python 3.8 or newer; needs no extra library.
   action_group:
-    support: full
-    membership:
-      - secretserver.backup.secretserver
+    support: none
+    membership: []
+    description: Not in C(group/secretserver.backup.secretserver) of C(module_defaults); it takes
+      no connection options.
 seealso:
   - module: secretserver.backup.secretserver_export_fetch
 notes:
@@ -160,6 +163,10 @@ def metrics(path, archives, newest_export_timestamp):
 def rotate(module):
     params = module.params
     path = params['path']
+    if module.check_mode and not os.path.lexists(path):
+        # A check run before the first real one: the task that creates the directory did not.
+        return dict(changed=False, pruned=[], archives=[], manifest_changed=False,
+                    mismatched=[], metrics_file=None)
     if not os.path.isdir(path) or os.path.islink(path):
         raise store.ArchiveError('%s is not a directory' % path,
                                  hint='Give the directory the archives are stored in')
