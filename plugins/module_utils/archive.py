@@ -782,8 +782,14 @@ def _load_pyzipper():
         raise ArchiveError('Checking that an export archive can be restored needs the Python '
                            'package pyzipper, which is not installed',
                            hint='Install the Python package pyzipper on the host where the '
-                                'archive is written')
+                                'archive is written (pip install pyzipper), or leave '
+                                'export_password unset to store archives without opening them')
     return pyzipper
+
+
+def require_pyzipper():
+    """Fail early, before anything is downloaded, when prove_archive could not run here."""
+    _load_pyzipper()
 
 
 def prove_archive(path, member, password):

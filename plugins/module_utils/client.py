@@ -324,12 +324,16 @@ class SecretServerClient:
 
     # ---- requests with retries -------------------------------------------------------
 
-    def _send(self, method, url, bearer=None, **kwargs):
-        """One request, retried on transport failures and on 429/502/503/504."""
+    def _send(self, method, url, bearer=None, budget=None, **kwargs):
+        """One request, retried on transport failures and on 429/502/503/504.
+
+        budget: the _RetryBudget of the operation this request belongs to, when the caller
+        repeats requests of its own (a download retried from the start).
+        """
         headers = kwargs.pop('headers', {})
         if bearer:
             headers['Authorization'] = 'Bearer ' + bearer
-        attempt = 0
+        budget = budget or _RetryBudget(self.retries)
         while True:
             retry_after = None
             try:
@@ -352,10 +356,10 @@ class SecretServerClient:
                                        hint='It kept answering so after %d retries; try later'
                                             % self.retries)
                 response.close()
-            if attempt >= self.retries:
+            attempt = budget.spend()
+            if attempt is None:
                 raise error
             self._sleep(backoff_delay(attempt, retry_after))
-            attempt += 1
 
     def request_token(self, url, form, what):
         """POST a form-encoded grant and return the parsed answer with its access token."""
@@ -385,6 +389,12 @@ class SecretServerClient:
             if self.platform and not self._vault_given:
                 self.api_base = join_url(self.discover_vault(), self.api_path_uri)
         return self._token
+
+    def _api_url(self, path):
+        # Signing in first: in Platform mode that is what finds the vault the API lives on,
+        # so a URL built before it would point at the Platform host instead.
+        self._access_token()
+        return join_url(self.api_base, path)
 
     def api_get(self, url, **kwargs):
         """GET with the access token; a 401 renews the token once and repeats the call."""
@@ -446,31 +456,48 @@ class SecretServerClient:
             response = self._send('GET', url, bearer=self._token)
         if response.status_code >= 400:
             self._raise_for_status(response, url)
-        vault_url = _default_vault_url(self._json(response, url), url)
+        try:
+            answer = self._json(response, url)
+        except ProtocolError as error:
+            raise ProtocolError(
+                'the Platform vault broker did not answer with JSON (%s)' % error.msg, url=url,
+                status=error.status,
+                hint='Check that base_url is the Platform tenant (https://<tenant>.delinea.app) '
+                     'and platform is meant to be on, or set vault_url to skip the broker')
+        vault_url = _default_vault_url(answer, url)
         self._check_vault_host(vault_url)
         return vault_url
 
     def _check_vault_host(self, vault_url):
-        vault, base = urlsplit(vault_url), urlsplit(self.base_url)
-        host = (vault.hostname or '').lower()
-        netloc = vault.netloc.lower()
-        if vault.scheme == 'https' and CLOUD_VAULT_HOST.search(host):
+        vault, base = _host_and_port(vault_url), _host_and_port(self.base_url)
+        if vault is None:
+            raise ProtocolError('the Platform broker gives the default vault the URL %r, which '
+                                'is not an absolute http(s) URL; no token was sent there'
+                                % vault_url[:200],
+                                hint='Check the vault connection in the Platform, or set '
+                                     'vault_url')
+        scheme, host, port = vault
+        if scheme == 'https' and CLOUD_VAULT_HOST.search(host):
             return
-        if (vault.scheme, netloc) == (base.scheme, base.netloc.lower()):
+        # Same origin as base_url: the token already goes there.
+        if vault == base:
             return
-        if host in self.allowed_vault_hosts or netloc in self.allowed_vault_hosts:
+        where = ('[%s]:%d' if ':' in host else '%s:%d') % (host, port)
+        if host in self.allowed_vault_hosts or where in self.allowed_vault_hosts:
             return
         raise SecretServerError(
-            'the Platform broker names a vault at %s, which is not a Delinea cloud host over '
-            'https nor the host of base_url; no token was sent there' % netloc,
-            hint='If that host is yours, add it to allowed_vault_hosts, or set vault_url')
+            'the Platform broker names a vault at %s (%s), which is neither a Delinea cloud '
+            'host over https nor the host of base_url; no token was sent there'
+            % (where, scheme),
+            hint='If that host is yours, add "%s" (or "%s") to allowed_vault_hosts, or set '
+                 'vault_url' % (host, where))
 
     # ---- the storage list and downloads ----------------------------------------------
 
     def list_exports(self, configuration_id=None):
         """Every export record in storage, newest first, following the pages to the end."""
         path = LIST_PATH if configuration_id is None else '%s/%d' % (LIST_PATH, configuration_id)
-        url = join_url(self.api_base, path)
+        url = self._api_url(path)
         raw, skip, seen_skips = [], 0, set()
         for dummy in range(MAX_PAGES):
             page = self._json(self.api_get(url, params={'skip': skip, 'take': PAGE_SIZE}), url)
@@ -491,21 +518,24 @@ class SecretServerClient:
 
     def download(self, export_id, writer):
         """Stream one archive into writer (write/reset/size); retried from the start on failure."""
-        url = join_url(self.api_base, ITEM_PATH % export_id)
-        attempt = 0
+        url = self._api_url(ITEM_PATH % export_id)
+        # One budget for the whole download: the requests _send repeats on a 503 and the
+        # restarts after a broken stream both spend it, so retries bounds the requests.
+        budget = _RetryBudget(self.retries)
         while True:
             try:
-                return self._download_once(url, writer)
+                return self._download_once(url, writer, budget)
             except TransportError as error:
-                if attempt >= self.retries or isinstance(error, TLSError):
+                attempt = None if isinstance(error, TLSError) else budget.spend()
+                if attempt is None:
                     raise
                 writer.reset()
                 self._sleep(backoff_delay(attempt))
-                attempt += 1
 
-    def _download_once(self, url, writer):
+    def _download_once(self, url, writer, budget=None):
         # The archive is compressed already; identity keeps a proxy from re-encoding it.
-        response = self.api_get(url, stream=True, headers={'Accept-Encoding': 'identity'})
+        response = self.api_get(url, budget=budget, stream=True,
+                                headers={'Accept-Encoding': 'identity'})
         try:
             if _looks_like_html(response):
                 raise ProtocolError(
@@ -518,8 +548,27 @@ class SecretServerClient:
             response.close()
         if expected is not None and writer.size != expected:
             raise TransportError('the download ended after %d of %d bytes'
-                                 % (writer.size, expected), url=url)
+                                 % (writer.size, expected), url=url, hint=_BROKEN_HINT)
         return {'url': url, 'content_length': expected}
+
+
+_BROKEN_HINT = ('It was retried from the start up to retries times; check the network path to '
+                'the tenant, and timeout if the server is slow')
+
+
+class _RetryBudget:
+    """The retries one operation may still spend, shared by every request it repeats."""
+
+    def __init__(self, retries):
+        self.retries = retries
+        self.spent = 0
+
+    def spend(self):
+        """Take one retry and return its number (from 0), or None when none is left."""
+        if self.spent >= self.retries:
+            return None
+        self.spent += 1
+        return self.spent - 1
 
 
 def _copy_body(response, writer, url):
@@ -537,7 +586,8 @@ def _copy_body(response, writer, url):
                 chunk = read(CHUNK_SIZE, decode_content=True)
             except Exception as exc:  # requests, urllib3 and socket errors all end up here
                 if _is_broken_stream(exc):
-                    raise TransportError('the download broke off: %s' % _short(exc), url=url)
+                    raise TransportError('the download broke off: %s' % _short(exc), url=url,
+                                         hint=_BROKEN_HINT)
                 raise
             if not chunk:
                 break
@@ -617,7 +667,8 @@ def _next_skip(page, skip, count):
 def _default_vault_url(answer, url):
     vaults = answer.get('vaults') if isinstance(answer, dict) else None
     if not isinstance(vaults, list):
-        raise ProtocolError('the Platform vault broker answer has no vaults list', url=url)
+        raise ProtocolError('the Platform vault broker answer has no vaults list', url=url,
+                            hint='Check that base_url is the Platform tenant, or set vault_url')
     names = []
     for vault in vaults:
         if not isinstance(vault, dict):
@@ -631,6 +682,19 @@ def _default_vault_url(answer, url):
                         '(vaults: %s)' % (', '.join(names) or 'none'), url=url,
                         hint='Mark a Secret Server vault default in the Platform, or set '
                              'vault_url')
+
+
+def _host_and_port(url):
+    """(scheme, lower-case host, port with the scheme's default filled in), or None."""
+    parts = urlsplit(url if isinstance(url, str) else '')
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ('http', 'https') or not parts.hostname:
+        return None
+    return (parts.scheme, parts.hostname.lower().rstrip('.'),
+            port or (443 if parts.scheme == 'https' else 80))
 
 
 def _is_platform(base_url):

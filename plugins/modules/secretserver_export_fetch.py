@@ -419,6 +419,10 @@ class Fetcher:
 
 def run(module):
     params = module.params
+    if params['export_password']:
+        # Before signing in: without the library the proof would fail only after a whole
+        # download, every night (and check mode then predicts that failure).
+        store.require_pyzipper()
     client = SecretServerClient.from_module(module)
     records = client.list_exports(params['configuration_id'])
     latest = latest_downloadable(records)
@@ -448,7 +452,9 @@ def run(module):
             # Archives stored before the failure stay stored: say which they are.
             result = summarize(module, result)
             result.update(error.to_result())
-            module.fail_json(msg=str(error), **result)
+            # summarize() wrote a msg of its own; the error is what the operator must read.
+            result['msg'] = str(error)
+            module.fail_json(**result)
     return summarize(module, result)
 
 
