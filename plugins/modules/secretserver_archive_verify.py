@@ -44,13 +44,16 @@ attributes:
     description: Reads only, so it runs the same in check mode.
   diff_mode:
     support: none
+    description: Reads only, so there is nothing to show.
   platform:
     platforms: posix
     support: full
+    description: Runs on any POSIX host with Python 3.8 or newer and pyzipper.
   action_group:
-    support: full
-    membership:
-      - secretserver.backup.secretserver
+    support: none
+    membership: []
+    description: Not in C(group/secretserver.backup.secretserver) of C(module_defaults); it takes
+      no connection options.
 requirements:
   - pyzipper (on the host holding the archives)
 seealso:
