@@ -46,12 +46,12 @@ ANSIBLE_ENV = PATH="$(SSB_ANSIBLE_BIN_DIR):$(BIN):$$PATH" \
 	ANSIBLE_PYTHON_INTERPRETER="$(SSB_MANAGED_PYTHON)" \
 	NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
 
-# $(call pytest,STEP,ARGS[,EXTRA_PYTHONPATH]): pytest that fails loudly, also when it
-# collected no test at all.
+# $(call pytest,STEP,ARGS[,PYTHONPATH]): pytest that fails loudly, also when it collected no
+# test at all. No PYTHONPATH by default: tests/support.py puts the collection on sys.path, and
+# on PYTHONPATH every ansible child process would see the checkout as an installed collection.
 define pytest
 	@echo "==> $(1): pytest $(2)"
-	@rc=0; $(ANSIBLE_ENV) PYTHONPATH="$(COLL_PARENT)$(if $(3),:$(3))" $(PY) -m pytest $(2) \
-		|| rc=$$?; \
+	@rc=0; $(ANSIBLE_ENV) $(if $(3),PYTHONPATH="$(3)") $(PY) -m pytest $(2) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "$(1): FAILED, pytest collected no tests from $(2)"; \
 	elif [ $$rc -ne 0 ]; then echo "$(1): FAILED (pytest exit $$rc)"; fi; exit $$rc
 endef
@@ -169,7 +169,7 @@ matrix: venv
 
 bench: venv
 	@test -f tests/bench/run.py || { echo "bench: FAILED, tests/bench/run.py missing"; exit 1; }
-	@$(ANSIBLE_ENV) PYTHONPATH="$(COLL_PARENT)" $(PY) tests/bench/run.py $(BENCH_ARGS)
+	@$(ANSIBLE_ENV) $(PY) tests/bench/run.py $(BENCH_ARGS)
 
 # The Hypothesis profile plugin lives in tests/tools.
 soak: venv
