@@ -58,9 +58,13 @@ def role_vars(emulator, tmp_path, **extra):
     return values
 
 
-def play(emulator, tmp_path, inventory, playbook=PLAYBOOK, check=False, verbosity=0, **extra):
+def play(emulator, tmp_path, inventory, playbook=PLAYBOOK, check=False, verbosity=0,
+         faults=(), **extra):
     """One ansible-playbook run; the emulator's request log starts empty for it."""
     emulator.reset()
+    if faults:
+        # After the reset, which drops faults too.
+        emulator.add_faults(*faults)
     return support.run_playbook(playbook, tmp_path, extra_vars=role_vars(emulator, tmp_path,
                                                                           **extra),
                                 inventory=inventory, check=check, verbosity=verbosity)
@@ -329,24 +333,30 @@ def test_mirror_fetches_every_downloadable_export_in_the_keep_window_with_one_si
 
 def test_controller_cache_is_made_owner_only_and_pruned_with_the_same_keep(emulator, tmp_path):
     cache = tmp_path / 'cache'
-    cache.mkdir(mode=0o755)
+    cache.mkdir()
     os.chmod(str(cache), 0o755)
     inventory, dests = make_fleet(tmp_path, ['h1'])
-    newest_two = [r for r in by_age(emulator) if r['canDownload']][:2]
+    # The third newest export is withheld, so a window of three holds two downloadable ones.
+    newest_two = [r for r in by_age(emulator)[:3] if r['canDownload']]
+    assert len(newest_two) == 2
 
     first = play(emulator, tmp_path, inventory, backup_exports_download_on='controller',
-                 backup_exports_select='all', backup_exports_keep=5)
+                 backup_exports_select='all', backup_exports_keep=3)
+
     assert first.rc == 0, first.output[-4000:]
     assert stat.S_IMODE(os.stat(str(cache)).st_mode) == 0o700
-    assert len(archives_in(cache)) == 4
+    assert archives_in(cache) == sorted(archive_of(r) for r in newest_two)
+    assert_holds_exactly(emulator, dests['h1'], newest_two)
 
     second = play(emulator, tmp_path, inventory, backup_exports_download_on='controller',
-                  backup_exports_select='all', backup_exports_keep=2)
+                  backup_exports_keep=1)
 
     assert second.rc == 0, second.output[-4000:]
     assert counts(emulator)['download'] == 0
-    assert archives_in(cache) == sorted(archive_of(r) for r in newest_two)
-    assert_holds_exactly(emulator, dests['h1'], newest_two)
+    assert archives_in(cache) == [archive_of(newest_two[0])]
+    assert manifest_of(cache) == {archive_of(newest_two[0]): hashlib.sha256(
+        emulator.archive_bytes(newest_two[0]['id'])).hexdigest()}
+    assert_holds_exactly(emulator, dests['h1'], newest_two[:1])
 
 
 # --- 3. manifest --------------------------------------------------------------------------------
@@ -488,11 +498,10 @@ def test_metrics_file_describes_the_run_and_survives_failed_runs_unchanged(emula
             'secretserver_backup_archives']
     written = {h: metrics[h].read_bytes() for h in hosts}
 
-    emulator.reset()
-    emulator.add_fault('list', 'status', code=403)
-    denied = support.run_playbook(PLAYBOOK, tmp_path, inventory=inventory, extra_vars=role_vars(
-        emulator, tmp_path, backup_exports_download_on='controller'))
+    denied = play(emulator, tmp_path, inventory, backup_exports_download_on='controller',
+                  faults=[{'on': 'list', 'kind': 'status', 'code': 403}])
     assert denied.rc != 0
+    assert counts(emulator)['list'] == 1 and counts(emulator)['download'] == 0
     assert {h: metrics[h].read_bytes() for h in hosts} == written
 
     emulator.set_exports(newest_age_hours=24 * 90)
