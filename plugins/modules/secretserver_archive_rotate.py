@@ -21,7 +21,7 @@ description:
   - Talks to no server and needs no library beyond Python, so it runs on hosts with no route to
     the tenant.
 author:
-  - secretserver.backup contributors
+  - secretserver.backup contributors (!UNKNOWN)
 options:
   path:
     description:

@@ -18,7 +18,7 @@ description:
     size), asking for large pages so a long list costs few requests.
   - Changes nothing, on the tenant or on the host.
 author:
-  - secretserver.backup contributors
+  - secretserver.backup contributors (!UNKNOWN)
 options:
   configuration_id:
     description:
