@@ -32,7 +32,7 @@ def ansible_doc(*args):
                               'ANSIBLE_NOCOLOR': '1'})
     env.pop('PYTHONPATH', None)
     return subprocess.run([ANSIBLE_DOC] + list(args), capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=120)
+                          stdin=subprocess.DEVNULL, timeout=120, check=False)
 
 
 def documentation(module):

@@ -166,10 +166,10 @@ def newest_downloadable(emulator):
 
 def test_fetch_runs_on_a_credential_with_blank_domain_and_token_alone(
         credential_type, emulator, tmp_path):
-    env, _ = render_injectors(credential_type, {
+    env = render_injectors(credential_type, {
         'base_url': emulator.url, 'username': support.USER['username'],
         'password': support.USER['password'], 'domain': '', 'token': '',
-        'export_password': 'export-password'})
+        'export_password': 'export-password'})[0]
     newest = newest_downloadable(emulator)
     dest = tmp_path / 'backups'
 
@@ -186,7 +186,7 @@ def test_info_runs_on_a_credential_holding_only_a_token(credential_type, emulato
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(emulator.url + '/oauth2/token', data=form, timeout=30) as answer:
         token = json.loads(answer.read())['access_token']
-    env, _ = render_injectors(credential_type, {'base_url': emulator.url, 'token': token})
+    env = render_injectors(credential_type, {'base_url': emulator.url, 'token': token})[0]
     assert env['TSS_USERNAME'] == '' and env['TSS_PASSWORD'] == ''
 
     run = support.run_module('secretserver_export_info', {}, tmp_path, env=env)
