@@ -78,7 +78,7 @@ CONNECTION_ARGSPEC = dict(
     domain=dict(type='str', fallback=(env_fallback, ['TSS_DOMAIN'])),
     token=dict(type='str', no_log=True, fallback=(env_fallback, ['TSS_TOKEN'])),
     api_path_uri=dict(type='str', default='/api/v1', fallback=(env_fallback, ['TSS_API_PATH_URI'])),
-    token_path_uri=dict(type='str', default='/oauth2/token',
+    token_path_uri=dict(type='str', default='/oauth2/token', no_log=False,
                         fallback=(env_fallback, ['TSS_TOKEN_PATH_URI'])),
     validate_certs=dict(type='bool', default=True),
     ca_path=dict(type='path'),
@@ -347,6 +347,14 @@ class SecretServerClient:
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 error = TransportError('could not reach the server: %s' % _short(exc), url=url,
                                        hint='Check base_url, the network path and timeout')
+            except requests.exceptions.ChunkedEncodingError as exc:
+                # requests reads a whole JSON answer inside request(): a reset or a short body
+                # there is as transient as a failed connection.
+                error = TransportError('the answer broke off: %s' % _short(exc), url=url,
+                                       hint='Check the network path to the tenant and timeout')
+            except requests.exceptions.RequestException as exc:
+                raise SecretServerError('the request could not be made: %s' % _short(exc),
+                                        url=url, hint='Check base_url and api_path_uri')
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
@@ -486,9 +494,8 @@ class SecretServerClient:
         if host in self.allowed_vault_hosts or where in self.allowed_vault_hosts:
             return
         raise SecretServerError(
-            'the Platform broker names a vault at %s (%s), which is neither a Delinea cloud '
-            'host over https nor the host of base_url; no token was sent there'
-            % (where, scheme),
+            'the Platform broker names a vault at %s, which is not a Delinea cloud host over '
+            'https nor the host of base_url; no token was sent there' % where,
             hint='If that host is yours, add "%s" (or "%s") to allowed_vault_hosts, or set '
                  'vault_url' % (host, where))
 
@@ -552,8 +559,8 @@ class SecretServerClient:
         return {'url': url, 'content_length': expected}
 
 
-_BROKEN_HINT = ('It was retried from the start up to retries times; check the network path to '
-                'the tenant, and timeout if the server is slow')
+_BROKEN_HINT = ('A broken download is retried from the start up to retries times; check the '
+                'network path to the tenant, and timeout if the server is slow')
 
 
 class _RetryBudget:
