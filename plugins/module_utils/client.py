@@ -89,6 +89,7 @@ CONNECTION_ARGSPEC = dict(
     allowed_vault_hosts=dict(type='list', elements='str', default=[]),
 )
 
+
 def connection_argument_spec(**extra):
     """The argspec every module starts from, plus its own options."""
     spec = dict((name, dict(value)) for name, value in CONNECTION_ARGSPEC.items())

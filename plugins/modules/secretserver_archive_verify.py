@@ -94,8 +94,9 @@ proven:
   description: Number of archives that opened.
   returned: always
   type: int
-failed:
-  description: Number of archives that did not open.
+unopened:
+  description: Number of archives that did not open. (Not C(failed), which Ansible reserves for
+    the task's own verdict.)
   returned: always
   type: int
 '''
@@ -147,7 +148,7 @@ def main():
 
     failed = [a for a in archives if a['result'] != 'ok']
     result = dict(changed=False, archives=archives, proven=len(archives) - len(failed),
-                  failed=len(failed))
+                  unopened=len(failed))
     if failed:
         module.fail_json(msg='%d of %d archives did not open: %s' % (
             len(failed), len(archives), '; '.join('%s: %s' % (a['name'], a['msg'])

@@ -10,7 +10,6 @@ alone, with every request made to fail, so nothing is ever sent to a real tenant
 import pytest
 import requests
 
-import support  # noqa: F401  (makes the collection importable)
 from ansible_collections.secretserver.backup.plugins.module_utils import client as client_mod
 from ansible_collections.secretserver.backup.plugins.module_utils.client import SecretServerClient
 from ansible_collections.secretserver.backup.plugins.module_utils.errors import (
