@@ -156,6 +156,9 @@ def prepare_dest(path):
     try:
         info = os.lstat(path)
     except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            raise _failure('Could not inspect the destination %s' % path, exc,
+                           'A parent of it is a file, not a directory: check dest')
         if exc.errno != errno.ENOENT:
             raise _failure('Could not inspect the destination %s' % path, exc,
                            'Check the permissions of its parent directories')

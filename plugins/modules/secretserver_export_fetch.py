@@ -234,7 +234,9 @@ msg:
   type: str
 '''
 
+import grp
 import os
+import pwd
 import stat
 import time
 
@@ -331,12 +333,13 @@ def select_exports(module, records):
 class Fetcher:
     """Brings each selected export into dest, one archive at a time."""
 
-    def __init__(self, module, client):
+    def __init__(self, module, client, owner_ids=(-1, -1)):
         self.module = module
         self.client = client
         self.params = module.params
         self.dest = module.params['dest']
         self.manifest = None
+        self.owner_ids = owner_ids
 
     def listed_sha256(self, name):
         if self.manifest is None:
@@ -396,13 +399,20 @@ class Fetcher:
     def download(self, record, name, path, outcome, replace):
         member = record['filename'] + store.XML_SUFFIX
         with store.ArchiveWriter(self.dest, name) as writer:
-            self.client.download(record['id'], writer)
+            fetched = self.client.download(record['id'], writer)
             if self.params['verify']:
-                writer.verify_zip(member)
+                try:
+                    writer.verify_zip(member)
+                except ArchiveError as error:
+                    error.url = error.url or fetched['url']  # which export sent it
+                    raise
             if self.params['export_password']:
                 outcome['contents'] = store.prove_archive(writer.path, member,
                                                           self.params['export_password'])
             outcome.update(downloaded=True, size=writer.size, sha256=writer.sha256)
+            # Owner and group go on while the name is still temporary: a chown this user may
+            # not make then fails the run with nothing stored rather than after publishing.
+            writer.set_attributes(uid=self.owner_ids[0], gid=self.owner_ids[1])
             placed = writer.commit(replace=replace)
         if not placed:
             outcome.update(changed=False, msg='%s is already present (another run stored it '
@@ -417,12 +427,51 @@ class Fetcher:
         return self.module.set_fs_attributes_if_different(file_args, changed)
 
 
+def file_owner_ids(module):
+    """(uid, gid) the archives get, -1 where not set; ArchiveError for a wrong owner, group or
+    mode."""
+    params = module.params
+    uid = _account_id(params['owner'], 'owner', 'user', lambda name: pwd.getpwnam(name).pw_uid)
+    gid = _account_id(params['group'], 'group', 'group', lambda name: grp.getgrnam(name).gr_gid)
+    mode = params['mode']
+    if mode is not None and not isinstance(mode, int):
+        try:
+            int(mode, 8)
+        except ValueError:
+            try:
+                # Only parsed here: a symbolic mode is applied relative to the archive later.
+                module._symbolic_mode_to_octal(os.stat(os.sep), mode)
+            except ValueError as exc:
+                raise ArchiveError('mode %r is neither octal nor symbolic (%s); nothing was '
+                                   'downloaded' % (mode, exc),
+                                   hint='Quote it in YAML, as "0600" or "u=rw,go="')
+    return uid, gid
+
+
+def _account_id(value, option, what, lookup):
+    if value is None or value == '':
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return lookup(value)
+    except KeyError:
+        raise ArchiveError('%s %r is not a %s on this host; nothing was downloaded'
+                           % (option, value, what),
+                           hint='Check the %s option, or create the %s first' % (option, what))
+
+
 def run(module):
     params = module.params
     if params['export_password']:
         # Before signing in: without the library the proof would fail only after a whole
         # download, every night (and check mode then predicts that failure).
         store.require_pyzipper()
+    # Checked before signing in: a wrong owner, group or mode found only after the archive
+    # took its name would fail the run with the archive stored, every night.
+    owner_ids = file_owner_ids(module)
     client = SecretServerClient.from_module(module)
     records = client.list_exports(params['configuration_id'])
     latest = latest_downloadable(records)
@@ -444,7 +493,7 @@ def run(module):
     elif not os.path.isdir(params['dest']):
         result['changed'] = True
 
-    fetcher = Fetcher(module, client)
+    fetcher = Fetcher(module, client, owner_ids)
     for record in targets:
         try:
             result['archives'].append(fetcher.fetch(record))
