@@ -200,6 +200,28 @@ def test_missing_pyzipper_fails_before_downloading_and_names_the_package(emulato
     assert stored.result['downloaded'] is True
 
 
+@pytest.mark.skipif(not os.environ.get('SSB_PYTHON_WITHOUT_PYZIPPER'),
+                    reason='set SSB_PYTHON_WITHOUT_PYZIPPER to a managed-host Python that has '
+                           'requests but not pyzipper (e.g. a venv with only requests)')
+def test_role_on_a_host_python_without_pyzipper_names_the_package(emulator, tmp_path):
+    python = os.environ['SSB_PYTHON_WITHOUT_PYZIPPER']
+    dest = tmp_path / 'backups'
+    extra_vars = {'backup_exports_base_url': emulator.url, 'backup_exports_dest': str(dest),
+                  'backup_exports_username': USER['username'],
+                  'backup_exports_password': USER['password'],
+                  'backup_exports_export_password': EXPORT_PASSWORD}
+    env = dict(module_tmp(tmp_path), ANSIBLE_PYTHON_INTERPRETER=python)
+
+    run = run_playbook(os.path.join(support.ROOT, 'playbooks', 'backup.yml'), tmp_path,
+                       extra_vars=extra_vars, env=env)
+
+    assert run.rc != 0
+    assert 'needs the Python package pyzipper' in run.output
+    assert 'pip install pyzipper' in run.output
+    assert emulator.state()['counts']['download'] == 0
+    assert not dest.exists()
+
+
 # ---- the restore drill module -------------------------------------------------------------------
 
 def test_archive_verify_proves_every_archive_and_reports_each_one(emulator, tmp_path):
