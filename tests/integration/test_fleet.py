@@ -8,6 +8,7 @@ request counts: sign-ins (token), storage list reads (list) and archive download
 import hashlib
 import json
 import os
+import pathlib
 import re
 import stat
 import subprocess
@@ -20,26 +21,26 @@ from ansible_collections.secretserver.backup.plugins.module_utils.records import
     storage_timestamp,
 )
 
-parser = pytest.importorskip('prometheus_client.parser')
-
 PLAYBOOK = os.path.join(support.ROOT, 'playbooks', 'backup.yml')
 FIVE = ['h1', 'h2', 'h3', 'h4', 'h5']
 MANIFEST = 'SHA256SUMS'
 DAY_NS = 86400 * 10 ** 9
+# Far above a clock tick (1 to 10 ms), far below the start-up of a module process.
+READ_AFTER_NS = 50 * 10 ** 6
 
 
 # --- fleet set-up -------------------------------------------------------------------------------
 
 def make_fleet(tmp_path, hosts, host_vars=None):
     """A YAML inventory of local hosts, each with its own dest; returns (inventory, dests)."""
-    dests = {host: tmp_path / host / 'backups' for host in hosts}
     inventory = {}
     for host in hosts:
         entry = {'ansible_connection': 'local',
                  'ansible_python_interpreter': support.MANAGED_PYTHON,
-                 'backup_exports_dest': str(dests[host])}
+                 'backup_exports_dest': str(tmp_path / host / 'backups')}
         entry.update((host_vars or {}).get(host, {}))
         inventory[host] = entry
+    dests = {host: pathlib.Path(entry['backup_exports_dest']) for host, entry in inventory.items()}
     path = tmp_path / 'hosts.yml'
     # JSON is YAML, and it quotes every path whatever characters tmp_path has.
     path.write_text(json.dumps({'all': {'hosts': inventory}}))
@@ -156,6 +157,19 @@ def reads_are_recorded(tmp_path):
     return os.stat(str(probe)).st_atime_ns != before
 
 
+def read_after_placed(path):
+    """Whether a later task read the file after it took its name.
+
+    Placing it (link or rename) and setting its mode move ctime; a later read moves atime past
+    ctime (relatime too, as long as atime was not past ctime already: a read in the same clock
+    tick as the placement can hide a later one, never invent one). The two may be stamped from
+    clocks one tick apart, so only a read well after the placement counts: a later task starts
+    a new module process, far more than READ_AFTER_NS after the module that placed the file.
+    """
+    info = os.stat(str(path))
+    return info.st_atime_ns - info.st_ctime_ns > READ_AFTER_NS
+
+
 def archive_puts(run, cache):
     """Files the connection transferred out of the controller cache (PUT lines of -vvv)."""
     return re.findall(r'^<(\S+)> PUT %s/(\S+) TO ' % re.escape(str(cache)), run.output, re.M)
@@ -173,6 +187,10 @@ def test_controller_mode_downloads_once_and_copies_byte_identical_archives_to_fi
                  backup_exports_download_on='controller')
 
     assert first.rc == 0, first.output[-4000:]
+    atime_works = reads_are_recorded(tmp_path)
+    if atime_works:
+        # The manifests were written from the hash the controller computed while downloading.
+        assert [h for h in FIVE if read_after_placed(dests[h] / archive_of(newest))] == []
     assert counts(emulator)['token'] == 1
     assert counts(emulator)['list'] == 1
     assert counts(emulator)['download'] == 1
@@ -188,7 +206,6 @@ def test_controller_mode_downloads_once_and_copies_byte_identical_archives_to_fi
     for path in archives.values():
         age_atime(path)
     before = {h: identity(p) for h, p in archives.items()}
-    atime_works = reads_are_recorded(tmp_path)
 
     second = play(emulator, tmp_path, inventory, verbosity=3,
                   backup_exports_download_on='controller')
@@ -241,7 +258,6 @@ def test_host_that_failed_part_way_gets_the_archive_next_run_and_others_are_unto
     blocker.write_text('a file where the dest of h3 needs a directory')
     inventory, dests = make_fleet(
         tmp_path, FIVE, {'h3': {'backup_exports_dest': str(blocker / 'backups')}})
-    dests['h3'] = blocker / 'backups'
     others = [h for h in FIVE if h != 'h3']
     newest = newest_downloadable(emulator)
 
@@ -314,6 +330,10 @@ def test_mirror_fetches_every_downloadable_export_in_the_keep_window_with_one_si
                  backup_exports_select='all', backup_exports_keep=5)
 
     assert first.rc == 0, first.output[-4000:]
+    if reads_are_recorded(tmp_path):
+        # Hashed while downloading, so the manifest step read none of them.
+        assert [(h, archive_of(r)) for h in hosts for r in wanted
+                if read_after_placed(dests[h] / archive_of(r))] == []
     assert counts(emulator)['token'] == 1
     assert counts(emulator)['list'] == 1
     assert counts(emulator)['download'] == 4
@@ -371,8 +391,8 @@ def test_manifest_is_not_recomputed_and_verify_manifest_names_an_altered_archive
     assert first.rc == 0, first.output[-4000:]
     assert_holds_exactly(emulator, dest, wanted)
     manifest = (dest / MANIFEST).read_bytes()
-    # An older archive than the newest, so no fetch check looks at it; the byte is in the
-    # encrypted data, far from the ZIP central directory.
+    # The byte is in the encrypted data, far from the ZIP central directory, which is all the
+    # fetch checks of an archive already present.
     altered = dest / archive_of(wanted[-1])
     data = bytearray(altered.read_bytes())
     data[len(data) // 3] ^= 0xFF
@@ -392,11 +412,10 @@ def test_manifest_is_not_recomputed_and_verify_manifest_names_an_altered_archive
 
     assert third.rc != 0
     assert failed_hosts(third, ['h1']) == ['h1']
-    assert 'no longer match SHA256SUMS' in third.output
-    assert archive_of(wanted[-1]) in third.output
-    for record in wanted[:-1]:
-        assert archive_of(record) not in re.findall(r'no longer match SHA256SUMS[^"]*',
-                                                    third.output)[0]
+    named = re.search(r'no longer match SHA256SUMS in (\S+): ([^"\n]+)', third.output)
+    assert named, third.output[-4000:]
+    assert named.group(1) == str(dest)
+    assert named.group(2).split(', ') == [archive_of(wanted[-1])]
 
 
 # --- 4. freshness alarm -------------------------------------------------------------------------
@@ -451,6 +470,7 @@ def test_stale_action_warn_only_warns_and_stores_the_newest(emulator, tmp_path):
 
 def read_metrics(path):
     """{metric name: (value, labels)} of a textfile, through Prometheus' own parser."""
+    parser = pytest.importorskip('prometheus_client.parser')
     found = {}
     for family in parser.text_string_to_metric_families(path.read_text()):
         (sample,) = family.samples
@@ -464,10 +484,13 @@ def test_metrics_file_describes_the_run_and_survives_failed_runs_unchanged(emula
     metrics = {h: tmp_path / 'textfile' / ('%s.prom' % h) for h in hosts}
     inventory, dests = make_fleet(
         tmp_path, hosts, {h: {'backup_exports_metrics_file': str(metrics[h])} for h in hosts})
-    newest = newest_downloadable(emulator)
+    kept = [r for r in by_age(emulator)[:5] if r['canDownload']]
+    newest = kept[0]
+    mirror = dict(backup_exports_download_on='controller', backup_exports_select='all',
+                  backup_exports_keep=5)
     started = time.time()
 
-    first = play(emulator, tmp_path, inventory, backup_exports_download_on='controller')
+    first = play(emulator, tmp_path, inventory, **mirror)
 
     assert first.rc == 0, first.output[-4000:]
     values = {}
@@ -475,7 +498,7 @@ def test_metrics_file_describes_the_run_and_survives_failed_runs_unchanged(emula
         values[host] = read_metrics(metrics[host])
         label = {'dest': str(dests[host])}
         assert stat.S_IMODE(os.stat(str(metrics[host])).st_mode) == 0o644
-        assert values[host]['secretserver_backup_archives'] == (1, label)
+        assert values[host]['secretserver_backup_archives'] == (len(kept), label)
         assert values[host]['secretserver_backup_archive_bytes'] == (
             len(emulator.archive_bytes(newest['id'])), label)
         stamp, labels = values[host]['secretserver_backup_newest_export_timestamp_seconds']
@@ -486,7 +509,7 @@ def test_metrics_file_describes_the_run_and_survives_failed_runs_unchanged(emula
     # Nothing half written beside the files the node exporter reads.
     assert sorted(os.listdir(str(tmp_path / 'textfile'))) == ['h1.prom', 'h2.prom']
 
-    second = play(emulator, tmp_path, inventory, backup_exports_download_on='controller')
+    second = play(emulator, tmp_path, inventory, **mirror)
 
     assert second.rc == 0, second.output[-4000:]
     assert changed_hosts(second, hosts) == []
@@ -498,14 +521,13 @@ def test_metrics_file_describes_the_run_and_survives_failed_runs_unchanged(emula
             'secretserver_backup_archives']
     written = {h: metrics[h].read_bytes() for h in hosts}
 
-    denied = play(emulator, tmp_path, inventory, backup_exports_download_on='controller',
-                  faults=[{'on': 'list', 'kind': 'status', 'code': 403}])
+    denied = play(emulator, tmp_path, inventory, faults=[{'on': 'list', 'kind': 'status',
+                                                          'code': 403}], **mirror)
     assert denied.rc != 0
     assert counts(emulator)['list'] == 1 and counts(emulator)['download'] == 0
     assert {h: metrics[h].read_bytes() for h in hosts} == written
 
     emulator.set_exports(newest_age_hours=24 * 90)
-    stale = play(emulator, tmp_path, inventory, backup_exports_download_on='controller',
-                 backup_exports_max_age_hours=26)
+    stale = play(emulator, tmp_path, inventory, backup_exports_max_age_hours=26, **mirror)
     assert stale.rc != 0
     assert {h: metrics[h].read_bytes() for h in hosts} == written
