@@ -39,6 +39,9 @@ for path in (COLLECTIONS, EMULATOR_DIR):
 
 from server import Emulator  # noqa: E402  (the path above makes it importable)
 
+__all__ = ['Emulator', 'ModuleRun', 'PlaybookRun', 'run_module', 'run_playbook', 'files_in',
+           'warnings_of', 'module_env', 'USER', 'ROOT', 'COLLECTIONS', 'MODULE_PACKAGE']
+
 MODULE_PACKAGE = 'ansible_collections.secretserver.backup.plugins.modules.'
 BIN_DIR = os.environ.get('SSB_ANSIBLE_BIN_DIR') or os.path.dirname(sys.executable)
 MANAGED_PYTHON = os.environ.get('SSB_MANAGED_PYTHON') or sys.executable
@@ -98,7 +101,7 @@ def run_module(name, args, tmp_path, env=None, check_mode=False, diff=False, pyt
     completed = subprocess.run(
         [python or MANAGED_PYTHON, '-m', MODULE_PACKAGE + name, args_file],
         capture_output=True, text=True, env=module_env(env), timeout=timeout,
-        stdin=subprocess.DEVNULL, cwd=str(tmp_path))
+        stdin=subprocess.DEVNULL, cwd=str(tmp_path), check=False)
     os.unlink(args_file)
     return ModuleRun(completed)
 
@@ -141,7 +144,8 @@ def run_playbook(playbook, tmp_path, extra_vars=None, env=None, inventory='local
     full_env.pop('PYTHONPATH', None)
     full_env.update(env or {})
     completed = subprocess.run(command, capture_output=True, text=True, env=full_env,
-                               timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(tmp_path))
+                               timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
+                               check=False)
     return PlaybookRun(completed)
 
 

@@ -43,7 +43,7 @@ def run_with_rss(command, env=None, cwd=None):
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                             stdin=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    dummy, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     out.seek(0)
@@ -118,9 +118,9 @@ class Bench:
         t_get_url = best_of(runs, lambda: run_with_rss(get_url, env=self.env))
         t_proof = best_of(max(1, runs // 2), lambda: run_with_rss(proof, env=self.env))
         label = '%d MiB' % (size // MIB)
-        for tool, (seconds, rss, dummy) in (('curl', t_curl), ('fetch module', t_fetch),
-                                           ('get_url module', t_get_url),
-                                           ('restore proof', t_proof)):
+        measured = (('curl', t_curl), ('fetch module', t_fetch), ('get_url module', t_get_url),
+                    ('restore proof', t_proof))
+        for tool, (seconds, rss, dummy) in measured:
             self.rows.append(('download ' + label if tool != 'restore proof' else 'proof ' + label,
                               tool, '%.2f s' % seconds, '%.0f MiB/s' % (size / MIB / seconds),
                               '%.1f MiB' % rss))

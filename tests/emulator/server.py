@@ -383,7 +383,7 @@ def write_aes_entry(path: str, password: str, name: str, date_time: tuple, chunk
 
 
 def build_export_archive(plan: ArchivePlan, path: str, password: str) -> None:
-    body, _ = export_xml_body(plan.secrets, plan.folders, plan.seed)
+    body, dummy = export_xml_body(plan.secrets, plan.folders, plan.seed)
     head, tail = body.encode("utf-8"), XML_TAIL.encode()
     name_len = len(plan.entry.encode("utf-8"))
     # Local + central headers, AES extras, salt, verifier, MAC and end record.
@@ -949,7 +949,7 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.readline()
 
     def bearer_value(self) -> str | None:
-        scheme, _, value = self.headers.get("Authorization", "").strip().partition(" ")
+        scheme, dummy, value = self.headers.get("Authorization", "").strip().partition(" ")
         return value.strip() if scheme.lower() == "bearer" else None
 
     def split_target(self):

@@ -386,14 +386,14 @@ def test_fault_bodies_that_are_not_the_api(emu, http, ready):
 
 
 def test_fault_counts_and_targets(emu, http, ready):
-    token, record, _ = ready
+    token, record, dummy = ready
     emu.add_fault("any", "status", code=500, times=2)
     assert list_exports(http, emu.url, token).status_code == 500
     assert download(http, emu.url, token, record["id"]).status_code == 500
     assert list_exports(http, emu.url, token).status_code == 200
     emu.add_fault("download", "status", code=502, times=-1)
     assert list_exports(http, emu.url, token).status_code == 200
-    for _ in range(3):
+    for dummy in range(3):
         assert download(http, emu.url, token, record["id"]).status_code == 502
     emu.reset()
     assert download(http, emu.url, token, record["id"]).status_code == 200
