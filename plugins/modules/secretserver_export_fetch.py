@@ -24,7 +24,7 @@ description:
     it restores. See O(export_password).
   - Signs in once and reads the storage list once per run, whatever O(select) fetches.
 author:
-  - secretserver.backup contributors
+  - secretserver.backup contributors (!UNKNOWN)
 options:
   dest:
     description:
@@ -132,9 +132,6 @@ attributes:
 seealso:
   - module: secretserver.backup.secretserver_export_info
   - module: secretserver.backup.secretserver_archive_rotate
-  - name: The backup_exports role
-    description: Fetches the newest export, rotates old archives and keeps a checksum manifest.
-    link: https://github.com/secretserver-backup/secretserver.backup/blob/main/roles/backup_exports/README.md
 notes:
   - The server-provided file name must be a plain base name; anything else (a path, a leading
     dot, control characters, more than 251 bytes) fails, naming the export id, and writes nothing.

@@ -44,11 +44,9 @@ attributes:
     description: Use C(group/secretserver.backup.secretserver) in C(module_defaults).
 seealso:
   - module: secretserver.backup.secretserver_export_fetch
-  - name: Automatic secret export REST API
-    description: The vendor documentation of the storage list and download endpoints.
-    link: https://docs.delinea.com/online-help/secret-server/api-scripting/rest-api/index.htm
 notes:
-  - Storage dates carry no time zone; O(ignore:storage_timestamp) in the result reads them as UTC.
+  - Storage dates carry no time zone; the C(storage_timestamp) of each export in the result reads
+    them as UTC.
 '''
 
 EXAMPLES = r'''
