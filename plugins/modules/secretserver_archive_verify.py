@@ -20,7 +20,7 @@ description:
   - Fails, naming each archive that does not open and why (wrong password, or damaged), after
     trying them all.
 author:
-  - secretserver.backup contributors
+  - secretserver.backup contributors (!UNKNOWN)
 options:
   path:
     description:
