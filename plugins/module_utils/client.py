@@ -255,7 +255,8 @@ class SecretServerClient:
         if not HAS_REQUESTS:
             raise SecretServerError(
                 'the Python library requests is not installed on the host running the module',
-                hint='Install it there (pip install requests) or use download_on: controller')
+                hint='Install it there (pip install requests), or let the controller download '
+                     '(backup_exports_download_on: controller in the backup_exports role)')
         self.base_url = normalize_base_url(base_url, api_path_uri)
         self.api_path_uri = api_path_uri
         self.token_url = join_url(self.base_url, token_path_uri)

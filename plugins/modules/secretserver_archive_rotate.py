@@ -49,8 +49,10 @@ options:
     default: true
   checksums:
     description:
-      - SHA-256 hashes already known, by archive name, for example RV(secretserver.backup.secretserver_export_fetch#module:archives)
-        of the run that stored them.
+      - SHA-256 hashes already known, as a dict of archive name to hex digest; for example the
+        C(archive_name) and C(sha256) of each entry of
+        RV(secretserver.backup.secretserver_export_fetch#module:archives) of the run that stored
+        them.
     type: dict
     default: {}
   verify_manifest:
@@ -104,7 +106,7 @@ EXAMPLES = r'''
   secretserver.backup.secretserver_archive_rotate:
     path: /var/backups/secretserver
     verify_manifest: true
-    metrics_file: /var/lib/node_exporter/textfile/secretserver_backup.prom
+    metrics_file: /var/lib/node_exporter/textfile_collector/secretserver_backup.prom
     newest_export_timestamp: "{{ fetched.latest.storage_timestamp }}"
 '''
 
@@ -140,7 +142,10 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.secretserver.backup.plugins.module_utils import archive as store
-from ansible_collections.secretserver.backup.plugins.module_utils.errors import SecretServerError
+from ansible_collections.secretserver.backup.plugins.module_utils.errors import (
+    ArchiveError,
+    SecretServerError,
+)
 
 
 def metrics(path, archives, newest_export_timestamp):
@@ -168,8 +173,14 @@ def rotate(module):
         return dict(changed=False, pruned=[], archives=[], manifest_changed=False,
                     mismatched=[], metrics_file=None)
     if not os.path.isdir(path) or os.path.islink(path):
-        raise store.ArchiveError('%s is not a directory' % path,
-                                 hint='Give the directory the archives are stored in')
+        raise ArchiveError('%s is not a directory' % path,
+                           hint='Give the directory the archives are stored in')
+    metrics_dir = os.path.dirname(params['metrics_file'] or '')
+    if params['metrics_file'] and not os.path.isdir(metrics_dir):
+        # Checked before pruning, so a wrong path changes nothing.
+        raise ArchiveError('the directory of metrics_file, %s, does not exist' % metrics_dir,
+                           hint='Create it (the node exporter textfile collector directory) or '
+                                'fix metrics_file (backup_exports_metrics_file in the role)')
     present = store.list_archives(path)
     protect = set(params['protect'])
     keep = params['keep']

@@ -133,6 +133,16 @@ def main():
     if not os.path.isdir(path):
         module.fail_json(msg='%s is not a directory: give the directory the archives are in'
                              % path)
+    # Said once, up front: otherwise each archive would fail with the same reason.
+    if not module.params['export_password']:
+        module.fail_json(msg='no export password was given, so no archive can be opened',
+                         hint='Set export_password (backup_exports_export_password for the '
+                              'verify playbook, or the TSS_EXPORT_PASSWORD environment variable)')
+    try:
+        store.require_pyzipper()
+    except SecretServerError:
+        module.fail_json(msg='opening export archives needs the Python package pyzipper, which '
+                             'is not installed on this host: pip install pyzipper')
 
     try:
         names = store.list_archives(path)

@@ -200,11 +200,33 @@ contents:
   type: dict
   sample: {secrets: 120, folders: 14}
 archives:
-  description: One entry per selected export, newest first, with the keys above
-    (RV(dest) as C(path)) and C(archive_name).
+  description: One entry per selected export, newest first.
   returned: always
   type: list
   elements: dict
+  contains:
+    path:
+      description: Path of the archive.
+      type: str
+    archive_name:
+      description: File name of the archive in O(dest).
+      type: str
+    export:
+      description: The export record.
+      type: dict
+    size:
+      description: Size in bytes; null in check mode for an archive not downloaded yet.
+      type: int
+    sha256:
+      description: SHA-256, as for RV(sha256).
+      type: str
+    downloaded:
+      description: Whether its bytes were downloaded in this run.
+      type: bool
+    contents:
+      description: Secrets and folders counted, when the archive was opened.
+      type: dict
+      returned: when the archive was opened
 newest:
   description: The newest export in storage, downloadable or not, or null.
   returned: always
@@ -314,7 +336,7 @@ def select_exports(module, records):
                                                    for r in blocked)))
         return [r for r in window if r['can_download']]
     latest = latest_downloadable(records)
-    if records and records[0] is not latest:
+    if latest is not None and records[0] is not latest:
         module.warn('the newest export, %s (id %d, stored %s), is one this account may not '
                     'download; storing the newest it may download instead'
                     % (records[0]['filename'], records[0]['id'], records[0]['storage_date']))
