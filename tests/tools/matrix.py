@@ -3,7 +3,7 @@
 Usage: python matrix.py --harness-python PY [--strict] [--only LABEL] [-- PYTEST_ARGS...]
 
 Each cell pairs a controller (ansible-core in its own venv) with a managed-host interpreter
-(a venv with the collection's runtime requirements). The pytest harness itself always runs
+(a venv with the collection's runtime requirements, requirements.txt). The pytest harness itself always runs
 from the main dev venv (PY); it reaches the cell through environment variables that
 tests/integration honours (see tests/tools/README.md):
 
@@ -35,7 +35,7 @@ CELLS = (
     ("core2.16-py3.8", "venv-2.16", "3.11", "ansible-core>=2.16,<2.17", "3.8"),
     ("newest-py3.13", "venv-newest", "3.12", "ansible-core", "3.13"),
 )
-MANAGED_REQUIREMENTS = os.path.join(ROOT, "requirements.txt")
+RUNTIME_REQUIREMENTS = os.path.join(ROOT, "requirements.txt")
 
 
 def note(msg):
@@ -63,6 +63,29 @@ def ensure_venv(path, python, requirements):
         handle.write(wanted + "\n")
 
 
+def expose_controller_ansible(name, controller_python, managed_venv):
+    """Let the managed-host venv import this cell's ``ansible`` package.
+
+    Ansible ships module_utils inside each module's payload, but tests/support.py also runs
+    modules directly (python -m ...) on the managed Python, which needs ``ansible`` there.
+    ansible-core 2.16 does not install on Python 3.8, so the venv gets a .pth file that points
+    at a directory holding only a link to the controller's ``ansible`` package: the same
+    module_utils the payload would carry, and none of the controller's other packages.
+    """
+    package = version_of(controller_python,
+                         "import ansible, os; print(os.path.dirname(ansible.__file__))")
+    lib_dir = os.path.join(TMP, "matrix-ansible-lib", name)
+    os.makedirs(lib_dir, exist_ok=True)
+    link = os.path.join(lib_dir, "ansible")
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(package, link)
+    managed_python = os.path.join(managed_venv, "bin", "python")
+    site = version_of(managed_python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    with open(os.path.join(site, "_ssb_controller_ansible.pth"), "w") as handle:
+        handle.write(lib_dir + "\n")
+
+
 def version_of(python, code):
     return subprocess.check_output([python, "-c", code], universal_newlines=True).strip()
 
@@ -79,11 +102,14 @@ def run_cell(cell, harness, pytest_args, strict):
 
     controller_venv = os.path.join(TMP, venv_dir)
     managed_venv = os.path.join(TMP, "managed-py" + managed_py)
-    ensure_venv(controller_venv, controller, [core_req])
-    ensure_venv(managed_venv, managed, [MANAGED_REQUIREMENTS])
+    # The controller needs the runtime requirements too: download_on=controller and
+    # delegate_to=localhost run the modules on the controller's own Python.
+    ensure_venv(controller_venv, controller, [core_req, RUNTIME_REQUIREMENTS])
+    ensure_venv(managed_venv, managed, [RUNTIME_REQUIREMENTS])
 
     bin_dir = os.path.join(controller_venv, "bin")
     managed_python = os.path.join(managed_venv, "bin", "python")
+    expose_controller_ansible(name, os.path.join(bin_dir, "python"), managed_venv)
     core = version_of(os.path.join(bin_dir, "python"),
                       "import ansible.release as r; print(r.__version__)")
     managed_version = version_of(managed_python,
