@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Offline emulator of Secret Server Cloud's automatic export storage API (a test tool).
 
 It serves the OAuth token endpoint, the auto-export storage list and archive downloads, the
