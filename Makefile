@@ -27,6 +27,8 @@ COLL_LINK := $(COLL_PARENT)/ansible_collections/secretserver/backup
 TEST_MATRIX ?= 1
 # Set to 1 (CI does) to fail the matrix when a Python it needs is missing instead of skipping.
 MATRIX_STRICT ?= 0
+# One matrix cell only, e.g. MATRIX_CELL=core2.16-py3.8.
+MATRIX_CELL ?=
 PYTEST_ARGS ?=
 # Unit tests are independent, so they use both cores; XDIST= runs them in one process.
 XDIST ?= -n auto
@@ -56,8 +58,8 @@ define pytest
 	elif [ $$rc -ne 0 ]; then echo "$(1): FAILED (pytest exit $$rc)"; fi; exit $$rc
 endef
 
-.PHONY: help venv collection-link demo test units integration integration-targets sanity \
-	lint docs bench soak matrix build changelog ee clean distclean
+.PHONY: help venv collection-link demo test units integration integration-pytest \
+	integration-targets sanity lint docs bench soak matrix build changelog ee clean distclean
 
 help:
 	@echo "secretserver.backup $(VERSION)"
@@ -100,9 +102,13 @@ test: venv
 units: venv
 	$(call pytest,units,tests/unit -q $(XDIST) $(PYTEST_ARGS))
 
+# Both halves run even when the first fails, so one run reports both.
 integration: venv
+	@rc=0; $(MAKE) --no-print-directory integration-pytest || rc=1; \
+	$(MAKE) --no-print-directory integration-targets || rc=1; exit $$rc
+
+integration-pytest: venv
 	$(call pytest,integration,tests/integration -q $(PYTEST_ARGS))
-	@$(MAKE) --no-print-directory integration-targets
 
 # ansible-test needs a real ansible_collections/<ns>/<name> directory, hence the copy.
 integration-targets: venv
@@ -164,7 +170,8 @@ docs: venv
 
 matrix: venv
 	@$(PY) $(TOOLS)/matrix.py --harness-python $(PY) \
-		$(if $(filter 1,$(MATRIX_STRICT)),--strict) -- -q $(PYTEST_ARGS) \
+		$(if $(filter 1,$(MATRIX_STRICT)),--strict) $(if $(MATRIX_CELL),--only $(MATRIX_CELL)) \
+		-- -q $(PYTEST_ARGS) \
 		|| { echo "matrix: FAILED"; exit 1; }
 
 bench: venv

@@ -1,11 +1,11 @@
 """Run tests/integration against older and newer controllers and managed-host Pythons.
 
-Usage: python matrix.py --harness-python PY [--strict] [--only LABEL] [-- PYTEST_ARGS...]
+Usage: python matrix.py --harness-python PY [--strict] [--only CELL] [-- PYTEST_ARGS...]
 
 Each cell pairs a controller (ansible-core in its own venv) with a managed-host interpreter
-(a venv with the collection's runtime requirements, requirements.txt). The pytest harness itself always runs
-from the main dev venv (PY); it reaches the cell through environment variables that
-tests/integration honours (see tests/tools/README.md):
+(a venv with the collection's runtime requirements, requirements.txt). The pytest harness
+itself always runs from the main dev venv (PY); it reaches the cell through environment
+variables that tests/integration honours (see tests/tools/README.md):
 
   SSB_ANSIBLE_BIN_DIR   bin dir of the controller under test (ansible-playbook, ansible, ...)
   SSB_MANAGED_PYTHON    interpreter for the modules (ansible_python_interpreter)
