@@ -136,11 +136,12 @@ lint: venv ee
 		|| { echo "lint: FAILED (changelog fragments)"; exit 1; }
 	@$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml \
 		|| { echo "lint: FAILED (changelogs/changelog.yaml)"; exit 1; }
-	@$(ANSIBLE_ENV) $(BIN)/antsibull-changelog generate --output $(TMP)/CHANGELOG.check.md \
-		--output-format md >/dev/null
-	@rm -f changelogs/.plugin-cache.yaml
-	@cmp -s $(TMP)/CHANGELOG.check.md CHANGELOG.md \
-		|| { echo "lint: FAILED, CHANGELOG.md is stale: run make changelog"; exit 1; }
+	@copy=$$($(PY) $(TOOLS)/collection_copy.py $(TMP)/changelog-check) \
+		&& $(MAKE) --no-print-directory changelog CHANGELOG_DIR="$$copy" \
+		CHANGELOG_COLLECTIONS=$(TMP)/changelog-check >/dev/null \
+		&& cmp -s "$$copy/changelogs/changelog.yaml" changelogs/changelog.yaml \
+		&& cmp -s "$$copy/CHANGELOG.md" CHANGELOG.md \
+		|| { echo "lint: FAILED, the changelog is stale: run make changelog"; exit 1; }
 
 # The execution-environment file must work both ways ansible-builder uses it: as the EE
 # definition (create) and as this collection's dependency list inside an EE (introspect).
@@ -190,12 +191,20 @@ build: venv
 		| grep -E '^tests/(emulator|tools|bench|soak)/|^\.tmp/|^\.venv/' \
 		&& { echo "build: FAILED, dev-only files in the tarball"; exit 1; } || true
 
-# Until $(VERSION) ships, re-running this folds new fragments and modules into its entry and
-# refreshes module descriptions. The plugin cache is only a speed-up, so it is not kept.
+# Until $(VERSION) ships, its entry is rebuilt from the kept fragments and the modules' docs:
+# release adds new fragments and modules, generate refreshes edited ones. The plugin cache is
+# only a speed-up, so it is not kept. CHANGELOG_DIR lets lint run this on a copy.
+CHANGELOG_DIR ?= $(ROOT)
+CHANGELOG_COLLECTIONS ?= $(COLL_PARENT)
+CHANGELOG_ENV = $(ANSIBLE_ENV) ANSIBLE_COLLECTIONS_PATH="$(CHANGELOG_COLLECTIONS)"
 changelog: venv
-	@$(ANSIBLE_ENV) $(BIN)/antsibull-changelog release --version $(VERSION) --reload-plugins
-	@$(ANSIBLE_ENV) $(BIN)/antsibull-changelog generate --refresh-plugins
-	@rm -f changelogs/.plugin-cache.yaml
+	@# Re-releasing an unshipped version always warns that it exists and lacks a summary.
+	@cd $(CHANGELOG_DIR) && out=$$($(CHANGELOG_ENV) $(BIN)/antsibull-changelog release \
+		--version $(VERSION) --reload-plugins 2>&1) || { echo "$$out"; exit 1; }; \
+		grep -v -e 'already exists' -e 'no release_summary section' <<<"$$out" || true
+	@cd $(CHANGELOG_DIR) && $(CHANGELOG_ENV) $(BIN)/antsibull-changelog generate \
+		--reload-plugins --refresh-plugins --refresh-fragments
+	@rm -f $(CHANGELOG_DIR)/changelogs/.plugin-cache.yaml
 
 clean:
 	rm -rf $(TMP) tests/output .pytest_cache .hypothesis changelogs/.plugin-cache.yaml
