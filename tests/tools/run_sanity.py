@@ -3,6 +3,7 @@
 Usage: python run_sanity.py --venv-bin DIR [--work DIR] [--log FILE] [-- ANSIBLE_TEST_ARGS...]
 
 Steps, each named in the output:
+  ignores  refuse entries in tests/sanity/ignore-*.txt (none are allowed for our own code)
   copy     lay the collection out under WORK/ansible_collections/secretserver/backup
   pythons  find real interpreters for 3.8..3.13 and link them into WORK/../pybin, because
            ansible-test looks for pythonX.Y on PATH and pyenv shims fail for unselected versions
@@ -12,6 +13,7 @@ At the end a table gives each sanity test's time, so slow tests show up in the b
 """
 
 import argparse
+import glob
 import os
 import re
 import subprocess
@@ -30,6 +32,17 @@ STARTED = re.compile(r'Running sanity test "([^"]+)"(?: on Python ([0-9.]+))?')
 
 def step(name):
     print("==> sanity/%s" % name, flush=True)
+
+
+def ignore_entries():
+    """Entries in tests/sanity/ignore-*.txt: the project allows none for its own code."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "sanity", "ignore-*.txt"))):
+        with open(path) as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    found.append("%s:%d: %s" % (os.path.relpath(path, ROOT), number, line.strip()))
+    return found
 
 
 def find_pythons(link_dir):
@@ -73,6 +86,13 @@ def main():
     parser.add_argument("extra", nargs="*", help="extra ansible-test sanity arguments")
     args = parser.parse_args()
     venv_bin = os.path.abspath(args.venv_bin)
+
+    step("ignores")
+    entries = ignore_entries()
+    if entries:
+        print("\n".join("    " + entry for entry in entries))
+        raise SystemExit("sanity: FAILED, tests/sanity ignore files must stay empty: fix the "
+                         "findings instead")
 
     step("copy")
     content_root = collection_copy.make_copy(args.work)
