@@ -59,6 +59,7 @@ define pytest
 endef
 
 .PHONY: help venv collection-link demo test units integration integration-pytest \
+	integration-pytest-run \
 	integration-targets sanity lint docs bench soak matrix build changelog ee clean distclean
 
 help:
@@ -107,8 +108,14 @@ integration: venv
 	@rc=0; $(MAKE) --no-print-directory integration-pytest || rc=1; \
 	$(MAKE) --no-print-directory integration-targets || rc=1; exit $$rc
 
+# A short base for tmp_path: ansible-core 2.21 opens a Unix socket under TMPDIR (at most 108
+# bytes of path), and tests point TMPDIR below tmp_path.
 integration-pytest: venv
-	$(call pytest,integration,tests/integration -q $(PYTEST_ARGS))
+	@base=$$(mktemp -d /tmp/ssb-XXXXXX) && trap 'rm -rf "$$base"' EXIT \
+		&& $(MAKE) --no-print-directory integration-pytest-run BASETEMP="$$base"
+
+integration-pytest-run:
+	$(call pytest,integration,tests/integration -q --basetemp $(BASETEMP) $(PYTEST_ARGS))
 
 # ansible-test needs a real ansible_collections/<ns>/<name> directory, hence the copy.
 integration-targets: venv

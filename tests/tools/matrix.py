@@ -17,8 +17,10 @@ A cell whose Python is missing on this machine is skipped with a note, or fails 
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -132,8 +134,15 @@ def run_cell(cell, harness, pytest_args, strict):
         PATH=os.pathsep.join([bin_dir, env.get("PATH", "")]),
     )
     began = time.time()
-    cmd = [harness, "-m", "pytest", "tests/integration", "-p", "no:cacheprovider"] + pytest_args
-    rc = subprocess.call(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    # A short base for tmp_path: ansible-core 2.21 opens a Unix socket under TMPDIR, whose
+    # path must stay under 108 bytes, and tests point TMPDIR below tmp_path.
+    basetemp = tempfile.mkdtemp(prefix="ssb-")
+    cmd = [harness, "-m", "pytest", "tests/integration", "-p", "no:cacheprovider",
+           "--basetemp", basetemp] + pytest_args
+    try:
+        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(basetemp, ignore_errors=True)
     spent = time.time() - began
     if rc == 5:
         note("%s: pytest collected no tests in tests/integration" % name)
