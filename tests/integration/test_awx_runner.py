@@ -130,7 +130,8 @@ def test_awx_job_stores_the_archive_and_shows_no_secret(
     events = list(runner.events)
     reports = [event['event_data']['res']['ansible_facts']['backup_exports_result']
                for event in events if event['event'] == 'runner_on_ok'
-               and event['event_data'].get('task') == 'Report what the run did']
+               and event['event_data'].get('task')
+               == 'Record what the run did in backup_exports_result']
     assert len(reports) == 1
     if export_password:
         # It reached the module through TSS_EXPORT_PASSWORD: the archive was opened.

@@ -35,6 +35,12 @@ def ansible_doc(*args):
                           stdin=subprocess.DEVNULL, timeout=120, check=False)
 
 
+def own_warnings(stderr):
+    """stderr less ansible-core's warning about its own bundled collection (2.21 prints one)."""
+    return '\n'.join(line for line in stderr.splitlines()
+                     if line.strip() and 'ansible/_internal/ansible_collections' not in line)
+
+
 def documentation(module):
     completed = ansible_doc('--json', '-t', 'module', 'secretserver.backup.' + module)
     assert completed.returncode == 0, completed.stderr
@@ -51,7 +57,7 @@ def test_ansible_doc_renders_module_without_error_or_warning(module):
     completed = ansible_doc('-t', 'module', 'secretserver.backup.' + module)
 
     assert completed.returncode == 0, completed.stderr
-    assert completed.stderr == ''
+    assert own_warnings(completed.stderr) == ''
     assert 'secretserver.backup.' + module in completed.stdout
     assert 'EXAMPLES:' in completed.stdout and 'RETURN VALUES:' in completed.stdout
 
@@ -61,7 +67,7 @@ def test_ansible_doc_renders_role_without_error_or_warning(role):
     completed = ansible_doc('-t', 'role', 'secretserver.backup.' + role)
 
     assert completed.returncode == 0, completed.stderr
-    assert completed.stderr == ''
+    assert own_warnings(completed.stderr) == ''
     assert 'ENTRY POINT:' in completed.stdout and 'backup_exports_base_url' in completed.stdout
 
 
