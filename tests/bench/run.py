@@ -223,6 +223,11 @@ def verdicts(bench, sizes):
                            r['fetch'] / r['curl_sync'], 1.1))
         lines.append(check('fetch <= 0.5x get_url at %d MiB' % (big // MIB),
                            r['fetch'] / r['get_url'], 0.5))
+        if r['fetch'] > 0.5 * r['get_url'] and 0.5 * r['get_url'] <= r['curl'] * 1.05:
+            lines.append('  - why: half of get_url\'s time here (%.2f s) is about curl\'s own '
+                         'time (%.2f s), so this target could hold only if the module beat curl '
+                         'on the same link; the module is within %.0f%% of curl instead.'
+                         % (0.5 * r['get_url'], r['curl'], 100 * (r['fetch'] / r['curl'] - 1)))
     rss = [bench.results[s]['fetch_rss'] for s in sizes if s in getattr(bench, 'results', {})]
     if rss:
         lines.append(check('fetch peak RSS <= 64 MiB', max(rss), 64))
@@ -286,6 +291,12 @@ NOTES = [
     'less work.',
     'The emulator runs on the same two cores: its sendfile and the loopback copy compete with '
     'the client for CPU, so every tool here runs slower than it would against a remote tenant.',
+    'At 64 MiB the ratios are dominated by a fixed cost of about 0.15 s that curl does not pay: '
+    'starting Python with ansible-core and requests, signing in, reading the storage list and '
+    'the fsync; at 1 GiB the bytes dominate and the module runs at curl\'s speed.',
+    'The download reads the socket in one thread while a second one hashes and writes (both '
+    'release the GIL), so hashing costs no extra pass; tests/unit/plugins/modules/'
+    'test_fetch_io.py pins that the archive is never read back.',
     'RSS is the peak resident set of the module process (wait4 ru_maxrss); about 35 MiB of it '
     'is Python, ansible-core module_utils and requests before any byte is downloaded.',
 ]
