@@ -40,7 +40,7 @@ for path in (COLLECTIONS, EMULATOR_DIR):
 from server import Emulator  # noqa: E402  (the path above makes it importable)
 
 __all__ = ['Emulator', 'ModuleRun', 'PlaybookRun', 'run_module', 'run_playbook', 'files_in',
-           'warnings_of', 'module_env', 'USER', 'ROOT', 'COLLECTIONS', 'MODULE_PACKAGE']
+           'warnings_of', 'module_env', 'Sink', 'USER', 'ROOT', 'COLLECTIONS', 'MODULE_PACKAGE']
 
 MODULE_PACKAGE = 'ansible_collections.secretserver.backup.plugins.modules.'
 BIN_DIR = os.environ.get('SSB_ANSIBLE_BIN_DIR') or os.path.dirname(sys.executable)
@@ -147,6 +147,24 @@ def run_playbook(playbook, tmp_path, extra_vars=None, env=None, inventory='local
                                timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
                                check=False)
     return PlaybookRun(completed)
+
+
+
+class Sink:
+    """A download writer (write, reset, size) that keeps the bytes in memory."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    @property
+    def size(self):
+        return len(self.data)
+
+    def write(self, chunk):
+        self.data += chunk
+
+    def reset(self):
+        self.data = bytearray()
 
 
 def files_in(directory):

@@ -5,6 +5,7 @@ import math
 import pytest
 
 import support
+from support import Sink
 from ansible_collections.secretserver.backup.plugins.module_utils import client as client_mod
 from ansible_collections.secretserver.backup.plugins.module_utils.client import SecretServerClient
 from ansible_collections.secretserver.backup.plugins.module_utils.errors import (
@@ -14,23 +15,6 @@ from ansible_collections.secretserver.backup.plugins.module_utils.errors import 
     ProtocolError,
     TLSError,
 )
-
-
-class Sink:
-    """A writer that keeps the bytes in memory."""
-
-    def __init__(self):
-        self.data = bytearray()
-
-    @property
-    def size(self):
-        return len(self.data)
-
-    def write(self, chunk):
-        self.data += chunk
-
-    def reset(self):
-        self.data = bytearray()
 
 
 def make_client(emulator, secrets=None, **kwargs):

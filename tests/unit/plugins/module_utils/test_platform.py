@@ -18,27 +18,11 @@ from ansible_collections.secretserver.backup.plugins.module_utils.errors import 
     SecretServerError,
 )
 from relay import Relay
+from support import Sink
 
 CLIENT_ID = 'svc-backup'
 CLIENT_SECRET = 'svc-backup-secret'
 VAULT_PATH = '/vault1/SecretServer'
-
-
-class Sink:
-    """A writer that keeps the bytes in memory."""
-
-    def __init__(self):
-        self.data = bytearray()
-
-    @property
-    def size(self):
-        return len(self.data)
-
-    def write(self, chunk):
-        self.data += chunk
-
-    def reset(self):
-        self.data = bytearray()
 
 
 def platform_client(emulator, secrets=None, **kwargs):
