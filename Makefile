@@ -58,7 +58,7 @@ define pytest
 	elif [ $$rc -ne 0 ]; then echo "$(1): FAILED (pytest exit $$rc)"; fi; exit $$rc
 endef
 
-.PHONY: help venv collection-link demo test units integration integration-pytest \
+.PHONY: help venv collection-link demo test units units-ansible-test integration integration-pytest \
 	integration-pytest-run \
 	integration-targets sanity lint docs bench soak matrix build changelog ee clean distclean
 
@@ -102,6 +102,17 @@ test: venv
 
 units: venv
 	$(call pytest,units,tests/unit -q $(XDIST) $(PYTEST_ARGS))
+	@$(MAKE) --no-print-directory units-ansible-test
+
+# The same unit tests the way ansible-test runs them (its own venv, its pytest settings), on a
+# copy laid out as ansible_collections/secretserver/backup.
+units-ansible-test: venv
+	@echo "==> units: ansible-test units --python 3.11"
+	@$(PY) $(TOOLS)/place_get_pip.py --python $(PY) >/dev/null
+	@dest=$$($(PY) $(TOOLS)/collection_copy.py $(TMP)/ansible-test-units); \
+	cd "$$dest" && env -u ANSIBLE_COLLECTIONS_PATH PATH="$(BIN):$$PATH" \
+		$(BIN)/ansible-test units --venv --python 3.11 --color no \
+		|| { echo "units: FAILED (ansible-test units)"; exit 1; }
 
 # Both halves run even when the first fails, so one run reports both.
 integration: venv

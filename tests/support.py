@@ -83,6 +83,11 @@ def module_env(extra=None):
         if name.startswith('TSS_'):
             del env[name]
     env['PYTHONPATH'] = COLLECTIONS
+    if MANAGED_PYTHON == sys.executable:
+        # The modules import ansible.module_utils, as AnsiballZ provides it; under ansible-test
+        # units ansible itself is on the harness's path only, not in its site-packages.
+        import ansible
+        env['PYTHONPATH'] += os.pathsep + os.path.dirname(os.path.dirname(ansible.__file__))
     env.update(extra or {})
     return env
 
