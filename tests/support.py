@@ -154,7 +154,6 @@ def run_playbook(playbook, tmp_path, extra_vars=None, env=None, inventory='local
     return PlaybookRun(completed)
 
 
-
 class Sink:
     """A download writer (write, reset, size) that keeps the bytes in memory."""
 

@@ -36,6 +36,7 @@ def unwrapped(text):
     """text without white space: older ansible-core wraps long warnings, even inside names."""
     return re.sub(r'\s+', '', text)
 
+
 def make_fleet(tmp_path, hosts, host_vars=None):
     """A YAML inventory of local hosts, each with its own dest; returns (inventory, dests)."""
     inventory = {}
